@@ -201,12 +201,24 @@ def test_coronal_view_same_for_flipped_direction(tmp_path, scan_files):
     assert np.array_equal(plain.lung, mirrored.lung)
 
 
-def test_coronal_superior_is_last_row(tmp_path, scan_files):
+def test_coronal_rows_run_superior(tmp_path, scan_files):
     record, files = scan_files
     view = coronal.write_coronal(record, files["lobes"], {}, REPORT_SETTINGS, RESAMPLE_SETTINGS, tmp_path / "c.png")
-    # Upper lobes lie at high z (superior); drawn with origin "lower", so in the last rows.
-    rows_with_lung = np.nonzero(view.lung.any(axis=1))[0]
-    assert view.lung.shape[0] - 1 - rows_with_lung.max() < rows_with_lung.min() + 3
+    # The lesion lies above the lungs' centre (z 15 against 12); the view's rows
+    # run superior (drawn with origin "lower"), so its rows are in the upper half.
+    lesion_rows = np.nonzero(view.reference.any(axis=1))[0]
+    lung_rows = np.nonzero(view.lung.any(axis=1))[0]
+    assert lesion_rows.min() > (lung_rows.min() + lung_rows.max()) / 2
+
+
+def test_coronal_rejects_shifted_origin(tmp_path, scan_files):
+    record, files = scan_files
+    shifted = sitk.ReadImage(str(files["dram"]))
+    shifted.SetOrigin((0.0, 0.0, 0.0))
+    path = tmp_path / "shifted.nii.gz"
+    sitk.WriteImage(shifted, str(path))
+    with pytest.raises(PipelineInputError, match="origin"):
+        coronal.write_coronal(record, files["lobes"], {"dram": path}, REPORT_SETTINGS, RESAMPLE_SETTINGS, tmp_path / "e.png")
 
 
 def test_coronal_rejects_other_grid(tmp_path, scan_files):
@@ -387,4 +399,5 @@ def test_attention_maps_are_probabilities(tmp_path, attention_model):
     write_store(tmp_path / "a.h5", {"lul": 0.25})
     rows = attention.write_attention(attention_model, {"a": tmp_path / "a.h5"}, attention_settings(), None,
                                      tmp_path / "attention.png", dpi=60)
-    assert 0.0 <= rows[0].after.min() and rows[0].after.max() <= 1.0
+    assert rows[0].after.min() >= 0.0
+    assert rows[0].after.max() <= 1.0

@@ -95,7 +95,16 @@ def check_same_grid(ct: sitk.Image, lobes: sitk.Image, scan_id: str, lobes_path)
 
 
 def check_lobe_labels(lobes_zyx: np.ndarray, scan_id: str, lobes_path) -> None:
-    """Raise PipelineInputError when the lobe map holds labels outside 0..5 or no lobe at all."""
+    """Raise PipelineInputError when the lobe map contains labels outside 0..5 or no lobe at all."""
+    if not np.issubdtype(lobes_zyx.dtype, np.integer):
+        fractional = lobes_zyx[lobes_zyx != np.round(lobes_zyx)]
+        if fractional.size:
+            raise input_error(
+                scan_id,
+                lobes_path,
+                f"the lobe map contains {fractional.size} voxels with non-integer labels such as {fractional[0]}",
+                "Pass an integer label map; resample lobe maps with nearest-neighbour interpolation",
+            )
     labels, counts = np.unique(lobes_zyx, return_counts=True)
     allowed = {0, *LOBE_LABELS.values()}
     unexpected = {int(label): int(count) for label, count in zip(labels, counts) if int(label) not in allowed}
@@ -108,7 +117,7 @@ def check_lobe_labels(lobes_zyx: np.ndarray, scan_id: str, lobes_path) -> None:
             "2 LLL, 3 RUL, 4 RLL, 5 RML",
         )
     if not np.any(lobes_zyx):
-        raise input_error(scan_id, lobes_path, "the lobe map contains no lobe voxels", "Check the lobe segmentation")
+        raise input_error(scan_id, lobes_path, "the lobe map contains no lobe voxels (all labels are 0)", "Check the lobe map of the lobes stage for this scan")
 
 
 def lobe_otsu_threshold(values_hu: np.ndarray, bins: int) -> float:

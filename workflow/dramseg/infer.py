@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def load_model(path: str, settings: dict, device: torch.device):
     """Load a model.pt, check it against the current settings and return (model, metadata)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
         raise PipelineInputError(f"model file {path!r} could not be read ({error}). Retrain it or point to another model.pt") from error
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise PipelineInputError(f"model file {path!r} is not a dramseg model.pt (no format tag {MODEL_FORMAT!r})")

@@ -6,13 +6,19 @@ An interrupted job therefore never leaves a file that looks finished to Snakemak
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import SimpleITK as sitk
+
+# Size of a NIfTI-1 header; the voxels of a single-file .nii start at byte 352 or later.
+NIFTI_HEADER_BYTES = 348
 
 
 @contextlib.contextmanager
@@ -32,10 +38,19 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        # mkstemp creates files readable by the owner only; give the output the
+        # permissions an ordinary new file gets under the current umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary_path, 0o666 & ~umask)
         os.replace(temporary_path, final)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
+        # Writers such as h5py, torch.save and json report the temporary name or
+        # none at all; the note names the output in the traceback.
+        if isinstance(error, Exception):
+            error.add_note(f"while writing {str(final)!r}; no partial file was left there")
         raise
 
 
@@ -46,6 +61,35 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
             sitk.WriteImage(image, str(temporary), useCompression=compress)
         except RuntimeError as error:
             raise OSError(f"writing image {str(path)!r} failed: {error}") from error
+        if temporary.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_written(temporary, path, image)
+
+
+def _check_nifti_written(temporary: Path, path, image: sitk.Image) -> None:
+    """Raise OSError when a NIfTI file holds fewer bytes than the image's voxels need.
+
+    ITK's NIfTI writer (SimpleITK 2.5) only prints an error and returns normally
+    when the disk fills up, leaving a truncated file; this catches that case.
+    """
+    voxel_bytes = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    expected_bytes = NIFTI_HEADER_BYTES + voxel_bytes
+    if temporary.name.lower().endswith(".gz"):
+        written_bytes = 0
+        try:
+            with gzip.open(temporary, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    written_bytes += len(block)
+        except (OSError, EOFError, zlib.error):
+            written_bytes = -1
+    else:
+        written_bytes = temporary.stat().st_size
+    if written_bytes < expected_bytes:
+        found = "an incomplete gzip stream" if written_bytes < 0 else f"{written_bytes} bytes"
+        raise OSError(
+            errno.EIO,
+            f"writing image {str(path)!r} failed: the NIfTI file holds {found}, expected at least {expected_bytes} "
+            "(is the disk full?)",
+        )
 
 
 def write_json(data, path: str | os.PathLike) -> None:

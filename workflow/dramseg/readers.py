@@ -364,7 +364,7 @@ def _read_dicom_folder(folder: Path, scan_id: str, series_uid: str | None) -> si
                 scan_id,
                 folder,
                 f"the folder contains {len(series_uids)} DICOM series: {listing}",
-                f"Choose one with `cohort.dicom_series: {{{scan_id}: <UID>}}` in the config (or the cohort table's dicom_series column)",
+                f"Choose one with `cohort.dicom_series: {{{scan_id}: <UID>}}` in the config",
             )
         series_uid = series_uids[0]
     elif series_uid not in series_uids:
@@ -449,13 +449,15 @@ def check_slice_positions(positions_mm: np.ndarray, orientation: np.ndarray, fil
     in_plane_mm = np.linalg.norm(steps_mm - np.outer(along_mm, normal), axis=1)
     distance_mm = np.abs(along_mm)
 
-    duplicates = np.flatnonzero(distance_mm < SLICE_STEP_TOLERANCE_MM)
+    # Compared in position order, because a duplicate slice can make GDCM keep the file order.
+    order = np.argsort(positions_mm @ normal, kind="stable")
+    duplicates = np.flatnonzero(np.diff(positions_mm[order] @ normal) < SLICE_STEP_TOLERANCE_MM)
     if duplicates.size:
-        first = int(duplicates[0])
+        first, second = int(order[duplicates[0]]), int(order[duplicates[0] + 1])
         raise input_error(
             scan_id,
             folder,
-            f"slices {Path(file_names[first]).name!r} and {Path(file_names[first + 1]).name!r} have the same position "
+            f"slices {Path(file_names[first]).name!r} and {Path(file_names[second]).name!r} have the same position "
             f"{positions_mm[first].round(3).tolist()} mm ({duplicates.size} duplicate position(s))",
             "The folder may hold two acquisitions with one series UID; keep one of them",
         )

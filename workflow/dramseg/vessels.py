@@ -6,22 +6,25 @@ it is computed much faster:
 
 - The Hessian at each scale is built from separable 1-D filters. scikit-image
   0.26 applies two Gaussian first-derivative filters of width sigma / sqrt(2)
-  in a row; here each axis gets the convolution of the two 1-D kernels (one
-  pass instead of two), with tails below `KERNEL_TAIL` of the peak cut off.
+  in a row. Here each axis gets the convolution of the two 1-D kernels, so one
+  pass replaces two, and kernel tails below `KERNEL_TAIL` of the peak are cut.
   The six Hessian components share their x and y passes, so a scale costs 15
   filter passes instead of 27. scikit-image 0.26 does not multiply the Hessian
   by sigma**2, and neither does this module.
 - Eigenvalues come from the closed-form trigonometric solution of the cubic
-  (Smith 1961), in float32, on cache-sized blocks.
+  (Smith 1961), in float32 on cache-sized blocks. Nearly equal eigenvalues,
+  where float32 loses accuracy, are solved again in float64.
 - Only the bounding box of the mask, plus a margin of `MARGIN_SIGMAS` times
-  the largest sigma, is filtered.
+  the largest sigma, is filtered, and the eigenvalues and the response are
+  computed at mask voxels only.
 - Filter passes and the per-voxel algebra run on a thread pool: scipy.ndimage
   and numpy release the GIL, and the work is split so that the result does not
   depend on the number of threads.
 
 The filter borders differ from scikit-image's near the edges of the filtered
-box (reflection of a filtered signal is not the same as filtering a reflected
-one), so the two agree exactly only farther than a kernel radius from them.
+box, because mirroring a filtered signal is not the same as filtering a
+mirrored one. The two agree, up to the cut kernel tails, only farther than a
+kernel radius from those edges.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def gaussian_kernels(sigma_voxels: float) -> tuple[np.ndarray, np.ndarray, np.nd
     """
     if not sigma_voxels > 0:
         raise ValueError(f"sigma must be positive, found {sigma_voxels}")
-    # scikit-image uses a long truncation for small sigma (scipy's kernels alias there).
+    # The truncation (in sigmas) that scikit-image 0.26 uses; the tails are cut below anyway.
     truncate = 8.0 if sigma_voxels > 1 else 100.0
     half_sigma = sigma_voxels / math.sqrt(2.0)
     radius = 2 * int(truncate * half_sigma + 0.5) + 1
@@ -67,13 +70,14 @@ def gaussian_kernels(sigma_voxels: float) -> tuple[np.ndarray, np.ndarray, np.nd
         response = ndimage.gaussian_filter1d(impulse, half_sigma, order=first, mode="constant", truncate=truncate)
         response = ndimage.gaussian_filter1d(response, half_sigma, order=second, mode="constant", truncate=truncate)
         kernels.append(response)
-    peak = max(float(np.abs(kernel).max()) for kernel in kernels)
-    keep = max(int(np.nonzero(np.abs(kernel) >= KERNEL_TAIL * peak)[0].max()) - radius for kernel in kernels)
+    # All three kernels keep the same length: the longest of their cut lengths.
+    keep = max(int(np.nonzero(np.abs(kernel) >= KERNEL_TAIL * np.abs(kernel).max())[0].max()) - radius
+               for kernel in kernels)
     return tuple(kernel[radius - keep : radius + keep + 1].copy() for kernel in kernels)
 
 
-# In float32 the trigonometric solution loses accuracy for nearly equal eigenvalues (the
-# cosine of three times the angle is then close to +-1, where arccos is steep); matrices
+# In float32 the trigonometric solution loses accuracy for nearly equal eigenvalues, because
+# the cosine of three times the angle is then close to +-1, where arccos is steep. Matrices
 # with |cos| above this bound are solved again in float64.
 NEAR_DEGENERATE_COSINE = 1.0 - 1e-4
 
@@ -132,15 +136,14 @@ def _trigonometric_eigenvalues(a, b, c, d, e, f):
 
 
 def _sort_by_magnitude(first, second, third):
-    # A three-element sorting network on |value|; ties keep their order, as numpy's argsort does.
-    def swap(low, high):
-        in_order = np.abs(low) <= np.abs(high)
-        return np.where(in_order, low, high), np.where(in_order, high, low)
-
-    first, second = swap(first, second)
-    second, third = swap(second, third)
-    first, second = swap(first, second)
-    return first, second, third
+    # Sorts three eigenvalues given in decreasing order by magnitude, as scikit-image does
+    # with a stable argsort: of two equal magnitudes, the one given first comes first.
+    last_is_largest = first + third <= 0
+    largest = np.where(last_is_largest, third, first)
+    low = np.where(last_is_largest, first, second)
+    high = np.where(last_is_largest, second, third)
+    swap = np.abs(high) < np.abs(low)
+    return np.where(swap, high, low), np.where(swap, low, high), largest
 
 
 def frangi_response(hessian, alpha: float, beta: float, gamma: float) -> np.ndarray:
@@ -156,22 +159,23 @@ def frangi_response(hessian, alpha: float, beta: float, gamma: float) -> np.ndar
     """
     h_zz, h_yy, h_xx, h_zy, h_zx, h_yx = hessian
     dtype = h_zz.dtype.type
-    # Eigenvalues of the negated image's Hessian are the negated eigenvalues.
-    eigenvalues = -symmetric_eigenvalues(h_zz, h_yy, h_xx, h_zy, h_zx, h_yx)
-    lambda1, lambda2, lambda3 = _sort_by_magnitude(eigenvalues[2], eigenvalues[1], eigenvalues[0])
+    # Eigenvalues of the negated image's Hessian are the negated eigenvalues, in reverse order.
+    eigenvalues = symmetric_eigenvalues(h_zz, h_yy, h_xx, h_zy, h_zx, h_yx)
+    lambda1, lambda2, lambda3 = _sort_by_magnitude(-eigenvalues[2], -eigenvalues[1], -eigenvalues[0])
     floor = dtype(1e-10)
     lambda2 = np.maximum(lambda2, floor)
     lambda3 = np.maximum(lambda3, floor)
     structure_squared = (
         h_zz * h_zz + h_yy * h_yy + h_xx * h_xx + 2 * (h_zy * h_zy + h_zx * h_zx + h_yx * h_yx)
     )
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        plate_squared = (lambda2 / lambda3) ** 2
+    plate_squared = (lambda2 / lambda3) ** 2
+    # Rb overflows to inf where l2 or l3 was clipped, and exp(-inf) = 0 is the intended value.
+    with np.errstate(over="ignore"):
         blob_squared = lambda1 * lambda1 / (lambda2 * lambda3)
-        response = 1 - np.exp(-plate_squared / dtype(2 * alpha**2))
-        response *= np.exp(-blob_squared / dtype(2 * beta**2))
-        response *= 1 - np.exp(-structure_squared / dtype(2 * gamma**2))
-    return np.nan_to_num(response, nan=0.0, posinf=0.0, neginf=0.0).astype(h_zz.dtype, copy=False)
+    response = 1 - np.exp(-plate_squared / dtype(2 * alpha**2))
+    response *= np.exp(-blob_squared / dtype(2 * beta**2))
+    response *= 1 - np.exp(-structure_squared / dtype(2 * gamma**2))
+    return response.astype(h_zz.dtype, copy=False)
 
 
 def mask_box(mask_zyx: np.ndarray, margin_zyx: Sequence[int]) -> tuple[slice, ...] | None:
@@ -215,7 +219,7 @@ def _pieces(length: int, count: int) -> list[slice]:
 
 def _filter_along(runner: _Runner, source: np.ndarray, kernel: np.ndarray, axis: int, output: np.ndarray) -> None:
     # Filtering along one axis needs no neighbours along the others, so the array is
-    # split along another axis without overlap; each line is computed the same way.
+    # split along another axis without overlap, and each line is computed the same way.
     split_axis = 1 if axis == 0 else 0
     pieces = _pieces(source.shape[split_axis], 4 * runner.threads)
 
@@ -248,17 +252,20 @@ def _hessian(runner: _Runner, image: np.ndarray, sigma_zyx: Sequence[float], hes
 
 
 def _update_response(runner: _Runner, hessian: list[np.ndarray], alpha: float, beta: float, gamma: float,
-                     response: np.ndarray) -> None:
+                     response: np.ndarray, voxels: np.ndarray | None) -> None:
+    # Raises `response` to this scale's vesselness, at the flat indices `voxels` or everywhere.
     flat_hessian = [component.reshape(-1) for component in hessian]
     flat_response = response.reshape(-1)
-    starts = range(0, flat_response.size, BLOCK_VOXELS)
+    count = flat_response.size if voxels is None else voxels.size
 
     def update_block(start: int) -> None:
-        block = slice(start, start + BLOCK_VOXELS)
+        block = slice(start, min(start + BLOCK_VOXELS, count))
+        if voxels is not None:
+            block = voxels[block]
         values = frangi_response([component[block] for component in flat_hessian], alpha, beta, gamma)
-        np.maximum(flat_response[block], values, out=flat_response[block])
+        flat_response[block] = np.maximum(flat_response[block], values)
 
-    runner.map(update_block, starts)
+    runner.map(update_block, range(0, count, BLOCK_VOXELS))
 
 
 def vesselness(
@@ -279,13 +286,14 @@ def vesselness(
         scales_mm: Gaussian scales in mm; sigma in voxels is scale / spacing per axis.
         alpha, beta, gamma: Frangi's plate, blob and structure sensitivities
             (gamma in the image's intensity units, not scaled by sigma**2).
-        mask_zyx: optional region, shape of `image_zyx`; only its bounding box,
-            plus a margin of 3 times the largest sigma, is filtered.
+        mask_zyx: optional region, shape of `image_zyx`. Only its bounding box,
+            plus a margin of 3 times the largest sigma, is filtered, and the
+            response is computed at its nonzero voxels only.
         threads: number of worker threads.
 
     Returns:
         float32 array of the image's shape, the maximum response over scales in
-        [0, 1), zero outside the filtered box (everywhere when the mask is empty).
+        [0, 1), zero outside the mask (everywhere when the mask is empty).
     """
     image_zyx = np.asarray(image_zyx)
     if image_zyx.ndim != 3:
@@ -312,6 +320,7 @@ def vesselness(
             return output
 
     image = np.ascontiguousarray(image_zyx[box], dtype=np.float32)
+    voxels = None if mask_zyx is None else np.flatnonzero(mask_zyx[box])
     response = np.zeros(image.shape, np.float32)
     hessian = [np.empty_like(image) for _ in range(6)]
     x_pass = np.empty_like(image)
@@ -322,7 +331,7 @@ def vesselness(
             LOGGER.info("vessel filter: scale %.2f mm, sigma (z, y, x) %s voxels, box %s", scale,
                         tuple(round(sigma, 3) for sigma in sigma_zyx), image.shape)
             _hessian(runner, image, sigma_zyx, hessian, x_pass, y_pass)
-            _update_response(runner, hessian, alpha, beta, gamma, response)
+            _update_response(runner, hessian, alpha, beta, gamma, response, voxels)
     finally:
         runner.close()
     output[box] = response

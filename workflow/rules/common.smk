@@ -99,11 +99,8 @@ def evaluated_methods(table):
 def final_targets():
     if APPLY_MODE:
         return ["results/tables/severity.csv"]
-    targets = [
+    return [
         "results/tables/comparison.csv",
         "results/tables/ablation.csv",
-        "results/tables/cohort.csv",
+        *report_targets(),
     ]
-    if config["report"]["enabled"]:
-        targets.append("results/figures/.done")
-    return targets

@@ -9,12 +9,13 @@ Usage:
     python -m dramseg.demo.build cohort --truth a/truth.json b/truth.json --out-cohort cohort.csv --settings JSON
     python -m dramseg.demo.build picture --ct ... --lobes ... --reference ... --out-dir docs/images
 
-The settings JSON holds the config sections `demo` and `chunks`.
+The settings JSON contains the config sections `demo` and `chunks`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import tempfile
 import time
@@ -139,8 +140,11 @@ def to_int16_hu(ct: sitk.Image) -> sitk.Image:
 
 
 def mark_approximate(lobes: sitk.Image) -> sitk.Image:
-    """Store the approximation note in the NIfTI description field of a lobe map."""
-    lobes.SetMetaData("descrip", partition.APPROXIMATION_NOTE[:79])
+    """Store the approximation note in the NIfTI description field (`descrip`) of a lobe map.
+
+    ITK's NIfTI writer fills `descrip` from the `ITK_FileNotes` entry, and the field is at most 79 characters long.
+    """
+    lobes.SetMetaData("ITK_FileNotes", partition.APPROXIMATION_NOTE[:79])
     return lobes
 
 
@@ -200,8 +204,8 @@ def build_variant(
     """Deform a source and paint lesions; return CT (float32 HU), lobes, reference and the truth record.
 
     The variant index picks one lobe (SCORE_ORDER[variant % 5]) whose target
-    score is variant % 6, so that every score 0-5 occurs once a source has six
-    variants; the other lobes draw their score from `demo.lesions.score_probabilities`.
+    score is variant % 6, so every score 0-5 occurs once a source has six
+    variants. The other lobes draw their score from `demo.lesions.score_probabilities`.
     """
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -235,7 +239,6 @@ def build_variant(
         "scan_id": entry["scan_id"],
         "source": entry["source"],
         "variant": variant,
-        "split": entry["split"],
         "role": entry["role"],
         "seed": int(seed),
         "lobes_note": partition.APPROXIMATION_NOTE,
@@ -294,11 +297,16 @@ def cohort_table(demo_config: dict, entries: list[dict], truths: dict[str, dict]
 # ---------------------------------------------------------------- entry point
 
 
-def _find_entry(demo_config: dict, scan_id: str) -> dict:
-    for entry in plan.plan_cohort(demo_config, Path.cwd()):
-        if entry["scan_id"] == scan_id:
-            return entry
-    raise input_error(scan_id, None, "not a scan of the demo plan", "Check demo.sources and the scan id")
+def _variant_entry(scan_id: str) -> dict:
+    """Read the source and variant number from a variant's scan id, `{source}_v{variant:02d}`.
+
+    The variant does not look up the plan, so that adding variants or
+    changing the split settings does not rebuild existing variants.
+    """
+    match = re.fullmatch(r"(?P<source>[A-Za-z0-9]+)_v(?P<variant>[0-9]+)", scan_id)
+    if match is None:
+        raise input_error(scan_id, None, "not a demo variant id of the form {source}_v{NN}", "Check the scan id")
+    return {"scan_id": scan_id, "source": match["source"], "variant": int(match["variant"]), "role": plan.SYNTHETIC}
 
 
 def _find_source(demo_config: dict, name: str) -> dict:
@@ -350,7 +358,7 @@ def main(argv=None) -> None:
         with io.atomic_path(arguments.out_picture) as temporary:
             save_coronal_check(ct, lobes, temporary, title=f"{source['name']}: approximate lobes")
     elif arguments.command == "variant":
-        entry = _find_entry(demo_config, arguments.scan)
+        entry = _variant_entry(arguments.scan)
         seed = plan.variant_seed(arguments.seed, entry["scan_id"])
         ct = sitk.Cast(sitk.ReadImage(str(arguments.in_ct)), sitk.sitkFloat32)
         lobes = sitk.ReadImage(str(arguments.in_lobes))

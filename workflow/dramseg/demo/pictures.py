@@ -27,6 +27,16 @@ def coronal_index(lobes_zyx: np.ndarray) -> int:
     return int(np.argmax(counts.min(axis=0)))
 
 
+def lesion_coronal_index(lobes_zyx: np.ndarray, reference_zyx: np.ndarray) -> int:
+    """Return the coronal (y) index with the most lesion voxels among those where all five lobes show."""
+    counts = np.stack([(lobes_zyx == label).sum(axis=(0, 2)) for label in range(1, 6)])
+    lesion = (reference_zyx > 0).sum(axis=(0, 2))
+    lesion = np.where(counts.min(axis=0) > 0, lesion, -1)
+    if lesion.max() <= 0:
+        return coronal_index(lobes_zyx)
+    return int(np.argmax(lesion))
+
+
 def _coronal(image: sitk.Image, y: int) -> np.ndarray:
     # Rows z (flipped so that the patient's head is at the top for the usual axial order), columns x.
     return sitk.GetArrayViewFromImage(image)[::-1, y, :]
@@ -69,7 +79,7 @@ def save_coronal_check(ct: sitk.Image, lobes: sitk.Image, path: Path, title: str
 def save_variant_pictures(ct: sitk.Image, lobes: sitk.Image, reference: sitk.Image, out_dir: Path) -> list[Path]:
     """Write demo-ct.png, demo-lobes.png and demo-lesions.png: one coronal slice of a variant each."""
     out_dir = Path(out_dir)
-    y = coronal_index(sitk.GetArrayViewFromImage(lobes))
+    y = lesion_coronal_index(sitk.GetArrayViewFromImage(lobes), sitk.GetArrayViewFromImage(reference))
     aspect = _aspect(ct)
     ct_zx = _coronal(ct, y)
     written = []

@@ -56,9 +56,10 @@ def plan_cohort(demo_config: dict, base_dir: Path) -> list[dict]:
 
     Splits: when at least two synthetic sources are present, every variant of
     a source in `test_sources` is test, so test anatomy is unseen in training.
-    Otherwise the last `test_fraction` of all variants are test. Of the
-    remaining variants the last `val_fraction` are val and the rest train,
-    with at least one train and one val scan when there are two or more.
+    Otherwise the last `test_fraction` of all variants are test, leaving at
+    least two. Of the remaining variants the last `val_fraction` are val and
+    the rest train, with at least one train and one val scan when there are
+    two or more.
     Real test sources always go to test.
     """
     sources = available_sources(demo_config, base_dir)
@@ -72,7 +73,7 @@ def plan_cohort(demo_config: dict, base_dir: Path) -> list[dict]:
         test = [item for item in variants if item[0]["name"] in held_out]
         rest = [item for item in variants if item[0]["name"] not in held_out]
     else:
-        test_count = _share(len(variants), float(demo_config["test_fraction"]), keep=1)
+        test_count = _share(len(variants), float(demo_config["test_fraction"]), keep=2)
         test = variants[len(variants) - test_count :]
         rest = variants[: len(variants) - test_count]
     val_count = _share(len(rest), float(demo_config["val_fraction"]), keep=1)

@@ -78,12 +78,14 @@ def cohort_table(records: Sequence[Mapping], top_score: int) -> pd.DataFrame:
 def plot_cohort(table: pd.DataFrame, demo: bool, path: str | os.PathLike, dpi: int) -> None:
     """Draw grouped bars per split: scans per CO-RADS category and lobes per severity score."""
     splits = [split for split in SPLITS if int(table.loc[table["split"] == split, "scans"].iloc[0]) > 0]
+
     figure, (corads_axes, score_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
     panels = (
         (corads_axes, "corads", [str(value) for value in CORADS_VALUES] + ["unknown"], "CO-RADS category", "scans"),
         (score_axes, "score", [column.split("_")[1] for column in table.columns if column.startswith("score_")],
          "lobe severity score", "lobes"),
     )
+
     for axes, prefix, categories, xlabel, ylabel in panels:
         positions = np.arange(len(categories))
         width = 0.8 / max(len(splits), 1)
@@ -91,13 +93,14 @@ def plot_cohort(table: pd.DataFrame, demo: bool, path: str | os.PathLike, dpi: i
             row = table.loc[table["split"] == split].iloc[0]
             counts = [int(row[f"{prefix}_{category}"]) for category in categories]
             bars = axes.bar(positions + (index - (len(splits) - 1) / 2) * width, counts, width,
-                            label=f"{split} (n = {int(row['scans'])} scans)", color=PALETTE[index])
+                            label=f"{split} (n = {int(row['scans'])})", color=PALETTE[index])
             axes.bar_label(bars, labels=[str(count) if count else "" for count in counts], fontsize=8)
         axes.set_xticks(positions, categories)
         axes.set_xlabel(xlabel)
         axes.set_ylabel(f"number of {ylabel}")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.margins(y=0.12)
+
     corads_axes.set_title("CO-RADS per split")
     score_axes.set_title("Lobe severity scores per split")
     figure.suptitle("Cohort (as Table I of Xie et al.)")

@@ -21,6 +21,10 @@ from dramseg.figures.common import add_note, save_png
 # (radiological convention) and superior at the top.
 DISPLAY_ORIENTATION = "LPS"
 SLICE_CHOICES = ("most_lung", "centroid")
+# Largest spacing and origin difference (mm) and direction-cosine difference
+# accepted between the CT and a volume drawn on it.
+GRID_TOLERANCE_MM = 0.01
+DIRECTION_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -50,22 +54,30 @@ def read_volume(scan_id: str, path, what: str) -> sitk.Image:
 def oriented_array(scan_id: str, path, image: sitk.Image, grid: sitk.Image, what: str) -> np.ndarray:
     """Return the z, y, x array of `image` in DISPLAY_ORIENTATION after checking it lies on `grid`.
 
-    `grid` is the CT in its file orientation; sizes must match and spacing
-    may differ by at most 0.01 mm, because every volume here is on the CT grid.
+    `grid` is the CT as read from its file. Every volume drawn here must be on
+    the CT grid: same size, spacing and origin within GRID_TOLERANCE_MM, and
+    direction cosines within DIRECTION_TOLERANCE.
     """
-    if image.GetSize() != grid.GetSize() or not np.allclose(image.GetSpacing(), grid.GetSpacing(), atol=0.01):
+    same_grid = (
+        image.GetSize() == grid.GetSize()
+        and np.allclose(image.GetSpacing(), grid.GetSpacing(), atol=GRID_TOLERANCE_MM, rtol=0.0)
+        and np.allclose(image.GetOrigin(), grid.GetOrigin(), atol=GRID_TOLERANCE_MM, rtol=0.0)
+        and np.allclose(image.GetDirection(), grid.GetDirection(), atol=DIRECTION_TOLERANCE, rtol=0.0)
+    )
+    if not same_grid:
         raise input_error(
             scan_id,
             path,
-            f"the {what} has size {image.GetSize()} and spacing {image.GetSpacing()} mm, "
-            f"but the CT has size {grid.GetSize()} and spacing {grid.GetSpacing()} mm",
+            f"the {what} has size {image.GetSize()}, spacing {image.GetSpacing()} mm, origin {image.GetOrigin()} mm "
+            f"and direction {image.GetDirection()}, but the CT has size {grid.GetSize()}, spacing {grid.GetSpacing()} mm, "
+            f"origin {grid.GetOrigin()} mm and direction {grid.GetDirection()}",
             f"Give a {what} on the CT grid (the pipeline's stages write them there)",
         )
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, DISPLAY_ORIENTATION))
 
 
 def choose_coronal_index(lung_zyx: np.ndarray, choice: str) -> int:
-    """Return the y index of the coronal slice: the one with most lung voxels, or the lung centroid.
+    """Return the y index of the coronal slice: the one with the most lung voxels, or the lung centroid.
 
     lung_zyx: boolean [z, y, x] lung mask. Raises ValueError for an empty mask or an unknown choice.
     """
