@@ -62,7 +62,7 @@ def write_record(folder: Path, scan_id: str, ct: Path, lobes: Path) -> Path:
 
 
 def stage_commands(record: Path, folder: Path, config: dict, threads: int, scan_id: str) -> dict[str, list[str]]:
-    """The command of each preprocessing stage, with the arguments its rule passes."""
+    """Return the command of each preprocessing stage, with the arguments its rule passes."""
     python = [sys.executable, "-m"]
     chunk_settings = settings_json(config, "chunks")
     return {
@@ -91,7 +91,7 @@ def stage_commands(record: Path, folder: Path, config: dict, threads: int, scan_
 
 
 def chunk_store_command(folder: Path, config: dict, shape: list[int], out: Path) -> list[str]:
-    """The chunks write command of a prepared scan folder at another chunk shape."""
+    """Return the chunks write command of a prepared scan folder at another chunk shape."""
     paper = dict(config, chunks=dict(config["chunks"], shape=list(shape)))
     command = stage_commands(folder / "record.json", folder, paper, 1, "")["write"]
     command[command.index("--out") + 1] = str(out)
@@ -118,13 +118,13 @@ def read_only(scan_id: str, ct: Path, folder: Path, threads: int) -> dict:
 
 
 def import_only(folder: Path, threads: int) -> dict:
-    """Measure a process that starts Python and imports the stage modules (the fixed cost of 5 processes is 5 times this)."""
+    """Measure a process that starts Python and imports the stage modules, the fixed cost of each stage process."""
     code = "import dramseg.lobes, dramseg.resample, dramseg.candidates, dramseg.chunks"
     return reporting.run_measured([sys.executable, "-c", code], folder / "import.log", threads)
 
 
 def ricord_lobes(folder: Path, config: dict, threads: int) -> Path:
-    """The demo builder's RICORD lobe map: the pipeline's when present, else one built in `folder`."""
+    """Return the demo builder's RICORD lobe map: the pipeline's when present, else one built in `folder`."""
     existing = REPOSITORY / "results" / "demo" / "sources" / "ricord" / "lobes.nii.gz"
     if existing.exists():
         return existing
@@ -155,7 +155,7 @@ def image_size(path: Path) -> tuple[int, int, int]:
 
 
 def scaling_scans() -> list[tuple[str, Path, Path]]:
-    """(name, CT, lobe map) of the two other demo anatomies, where the demo run has built them."""
+    """Return (name, CT, lobe map) of the two other demo anatomies that the demo run has built."""
     demo = REPOSITORY / "results" / "demo"
     candidates = [
         ("Lung_Dx demo scan", demo / "scans" / "lungdx_v00" / "ct.nii.gz", demo / "scans" / "lungdx_v00" / "lobes.nii.gz"),
@@ -166,7 +166,7 @@ def scaling_scans() -> list[tuple[str, Path, Path]]:
 
 
 def plot_scaling(points: list[dict], path: Path) -> None:
-    """Stacked bars of seconds per stage against the CT's voxel count."""
+    """Plot stacked bars of seconds per stage against the CT's voxel count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +201,8 @@ def main(argv=None) -> None:
     arguments = parser.parse_args(argv)
 
     if not RICORD_DICOM.exists():
-        raise SystemExit(f"the RICORD DICOM series is missing at {RICORD_DICOM}; see ../shared/data/README.md")
+        raise SystemExit(f"the RICORD DICOM series (MIDRC-RICORD-1A patient 419639-000082, 255 slices) is missing "
+                         f"at {RICORD_DICOM}; place it there to run this benchmark")
     config = reporting.load_config()
     header = reporting.header_lines(reporting.command_line())
     work = arguments.keep or Path(tempfile.mkdtemp(prefix="preprocess-benchmark-"))
@@ -213,7 +214,7 @@ def main(argv=None) -> None:
     if arguments.scaling:
         plot_scaling(points, SCALING_PICTURE)
         lines += ["", f"![seconds per stage against scan size](images/{SCALING_PICTURE.name})"]
-    lines.append(f"Load average at the end: {reporting.load_average():.1f}.")
+    lines += ["", f"Load average at the end: {reporting.load_average():.1f}."]
     block = "\n".join(header + [""] + lines)
     print(block)
     if arguments.update_docs:
@@ -273,9 +274,10 @@ def measure(work: Path, config: dict, arguments) -> tuple[list[str], list[dict]]
             scaling_rows.append([point["name"], f"{point['voxels'] / 1e6:.1f}"] + [f"{s:.1f}" for s in seconds]
                                 + [f"{sum(seconds):.1f}", f"{max(m['peak_mib'] for m in point['stages'].values()):.0f}",
                                    f"{point['read']['seconds']:.1f}"])
-        lines += ["", "Seconds per stage against scan size (Lung_Dx: results/demo/scans/lungdx_v00, "
-                  "340×274×124 at 1×1×2.5 mm; TCGA: ../shared/data/tcga-de-a4ma/ct-2mm.nii.gz, 250×250×336 at 2 mm, "
-                  "with results/demo/sources/tcga/lobes.nii.gz resampled onto it by the lobes stage):", ""]
+        lines += ["", "Seconds per stage against scan size. Lung_Dx is the demo scan results/demo/scans/lungdx_v00 "
+                  "(340×274×124 at 1×1×2.5 mm). TCGA is the TCGA-DE-A4MA whole-body CT at 2 mm (250×250×336), with "
+                  "the demo lobe map results/demo/sources/tcga/lobes.nii.gz, which the lobes stage resamples onto it.",
+                  ""]
         lines += reporting.markdown_table(
             ["scan", "CT voxels (M)"] + list(STAGES) + ["total", "peak MiB", "read only"], scaling_rows)
     return lines, points

@@ -32,7 +32,7 @@ def load_config(path: Path | None = None) -> dict:
 
 
 def machine_description() -> str:
-    """One line: cores, CPU model, RAM, OS, Python and the load average now."""
+    """Describe the machine in one line: cores, CPU model, RAM, OS, Python and the load average now."""
     model = "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -49,12 +49,12 @@ def machine_description() -> str:
 
 
 def load_average() -> float:
-    """The 1-minute load average, NaN where the system has none."""
+    """Return the 1-minute load average, or NaN where the system has none."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def header_lines(command: str) -> list[str]:
-    """The command, date and machine lines that open every results block."""
+    """Return the command, date and machine lines that open every results block."""
     return [
         f"Command: `{command}`  ",
         f"Date: {datetime.date.today().isoformat()}  ",
@@ -63,17 +63,17 @@ def header_lines(command: str) -> list[str]:
 
 
 def command_line() -> str:
-    """The command that started this script, with the script path relative to the repository."""
+    """Return the command that started this script, with the script path relative to the repository."""
     script = Path(sys.argv[0]).resolve()
     try:
-        shown = script.relative_to(REPOSITORY)
+        relative = script.relative_to(REPOSITORY)
     except ValueError:
-        shown = script
-    return " ".join(["python", str(shown)] + [shlex.quote(argument) for argument in sys.argv[1:]])
+        relative = script
+    return " ".join(["python", str(relative)] + [shlex.quote(argument) for argument in sys.argv[1:]])
 
 
 def stage_environment(threads: int) -> dict:
-    """Environment of a pipeline stage subprocess: the package importable, math libraries at `threads`."""
+    """Return the environment of a stage subprocess: dramseg importable, math libraries limited to `threads`."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKFLOW), environment.get("PYTHONPATH")]))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -114,7 +114,7 @@ def run_measured(argv: list[str], log_path: Path, threads: int, cwd: Path | None
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
-    """Lines of a markdown table."""
+    """Return the lines of a markdown table."""
     lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines

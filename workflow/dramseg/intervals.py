@@ -46,8 +46,8 @@ def fraction_to_score(fraction: float, intervals: Mapping[int, tuple[float, floa
     """Return the severity score whose interval contains a lesion fraction.
 
     Boundaries: a fraction of exactly 0 is score 0. Any positive fraction below
-    the low end of score 1 (0 < p < 1 % with the paper's table) is score 1,
-    because a radiologist reports any visible involvement as at least 1. A
+    the low end of score 1 (0 < p < 1 % with the default table) is score 1,
+    since the CT severity score gives any visible involvement at least 1. A
     fraction on the boundary between two scores takes the higher score, except
     that 1.0 is the top score.
     """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,14 @@ def model_metadata(method: str, settings: dict) -> dict:
     }
 
 
-def compute_loss(model, batch: dict, spec: dict, training: dict, generator: torch.Generator | None) -> LossTerms:
+def compute_loss(
+    model, batch: dict, spec: dict, training: dict, generator: torch.Generator | None, refine: bool = True
+) -> LossTerms:
     """Compute the loss of one batch for the method described by `spec`.
 
-    `generator` draws the equivariant transform; None disables ER (validation).
+    `generator` draws the equivariant transform; None disables ER. `refine`
+    False leaves out the refinement loss (during its warm-up and in
+    validation, whose loss is the interval loss alone so that epochs compare).
     """
     kind = spec["kind"]
     weights = training["loss_weights"]
@@ -103,16 +108,20 @@ def compute_loss(model, batch: dict, spec: dict, training: dict, generator: torc
 
     low, high = batch["low"], batch["high"]
     fractions = lobe_mean(probabilities[:, 2], mask)
-    interval = interval_loss(fractions, low, high).mean()
+    # The loss is computed on percentages or on fractions (training.interval_loss_unit).
+    # On percentages its squared terms are 10^4 times larger, which keeps the
+    # refinement loss from erasing the dRAM.
+    scale = 100.0 if training["interval_loss_unit"] == "percent" else 1.0
+    interval = interval_loss(scale * fractions, scale * low, scale * high).mean()
     if "probabilities_before_attention" in output:
         # The regression task also trains the dRAM before attention, so the
         # attention module refines a map that is already a dRAM.
         before = lobe_mean(output["probabilities_before_attention"][:, 2], mask)
-        interval = 0.5 * (interval + interval_loss(before, low, high).mean())
+        interval = 0.5 * (interval + interval_loss(scale * before, scale * low, scale * high).mean())
     parts = {"interval": float(interval.detach())}
     total = weights["interval"] * interval
 
-    if spec["ref"]:
+    if spec["ref"] and refine:
         targets = refinement_targets(probabilities, batch["candidates"], batch["vessels"], mask)
         refinement = bootstrapped_cross_entropy(probabilities, targets, training["ref_beta"], mask)
         parts["ref"] = float(refinement.detach())
@@ -162,7 +171,7 @@ def make_loader(dataset, training: dict, seed: int, epoch: int, shuffle: bool) -
     )
 
 
-def run_epoch(model, loader, spec, training, device, optimizer=None, generator=None, autocast=None) -> dict:
+def run_epoch(model, loader, spec, training, device, optimizer=None, generator=None, autocast=None, refine=True) -> dict:
     """Train (with an optimizer) or evaluate (without) for one pass; return the mean loss and parts."""
     model.train(optimizer is not None)
     totals: dict[str, float] = {}
@@ -171,7 +180,7 @@ def run_epoch(model, loader, spec, training, device, optimizer=None, generator=N
         for batch in loader:
             batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
             with autocast():
-                terms = compute_loss(model, batch, spec, training, generator)
+                terms = compute_loss(model, batch, spec, training, generator, refine=refine)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
@@ -252,9 +261,13 @@ def train_method(
         train_result = run_epoch(
             model, make_loader(train_set, training, seed, epoch, shuffle=True), spec, training, device,
             optimizer=optimizer, generator=epoch_generator, autocast=autocast,
+            refine=epoch > training["ref_warmup_epochs"],
         )
         val_result = (
-            run_epoch(model, make_loader(val_set, training, seed, epoch, shuffle=False), spec, training, device, autocast=autocast)
+            run_epoch(
+                model, make_loader(val_set, training, seed, epoch, shuffle=False), spec, training, device,
+                autocast=autocast, refine=False,
+            )
             if len(val_set)
             else {"loss": train_result["loss"], "in_interval": float("nan")}
         )
@@ -267,7 +280,9 @@ def train_method(
             "epoch %d/%d: loss %.5f, val loss %.5f, val in interval %.2f, %.1f s",
             epoch, training["epochs"], row["train_loss"], row["val_loss"], row["val_in_interval"], seconds,
         )
-        if best is None or val_result["loss"] < best["val_loss"]:
+        # A refined method is selected among epochs after the warm-up, where the refinement acted.
+        selectable = not spec["ref"] or epoch > training["ref_warmup_epochs"] or epoch == training["epochs"]
+        if selectable and (best is None or val_result["loss"] < best["val_loss"]):
             best = {"epoch": epoch, "val_loss": val_result["loss"], "state_dict": _cpu_state(model)}
         if epoch % training["checkpoint_every"] == 0 or epoch == training["epochs"]:
             _save_checkpoint(checkpoint_path, run_hash, epoch, model, optimizer, history, best)
@@ -307,7 +322,7 @@ def _load_checkpoint(path: Path, run_hash: str, model, optimizer, device) -> dic
         return None
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         log.warning("ignoring unreadable checkpoint %s (%s); training starts again", path, error)
         return None
     if state.get("settings_hash") != run_hash:

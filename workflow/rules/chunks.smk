@@ -64,3 +64,19 @@ rule index_chunks:
     shell:
         "python -m dramseg.chunks index --intervals {input.intervals} --stores {input.stores}"
         " --out {output} > {log} 2>&1"
+
+
+rule index_training_chunks:
+    input:
+        intervals=lambda wildcards: expand("results/chunks/{scan}/intervals.csv", scan=scans_in_split("train", "val")),
+        stores=lambda wildcards: expand("results/chunks/{scan}/chunks.h5", scan=scans_in_split("train", "val")),
+    output:
+        "results/chunks/index_train.csv",
+    threads: config["threads"]["preprocess"]
+    log:
+        "logs/chunks/index_train.log",
+    benchmark:
+        "benchmarks/out/chunks/index_train.tsv"
+    shell:
+        "python -m dramseg.chunks index --intervals {input.intervals} --stores {input.stores}"
+        " --out {output} > {log} 2>&1"

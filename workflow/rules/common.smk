@@ -61,7 +61,7 @@ for _scan_id, _series in config["cohort"]["dicom_series"].items():
     SCANS[_scan_id]["dicom_series"] = _series
 
 APPLY_MODE = config["mode"] == "apply"
-TRAINED_METHODS = [] if APPLY_MODE else list(config["methods"])
+
 
 
 def scans_in_split(*splits):
@@ -104,3 +104,19 @@ def final_targets():
         "results/tables/ablation.csv",
         *report_targets(),
     ]
+
+
+def _used_methods():
+    """Methods that a table, figure or apply run needs, in config order.
+
+    Methods in config but used nowhere are not trained, so a smaller
+    --configfile can leave the default method list in place.
+    """
+    names = {base_method(name) for table in ("comparison", "ablation") for name in config["evaluation"][table]}
+    if config["report"]["enabled"]:
+        names.add(config["report"]["attention_method"])
+        names.update(base_method(name) for name in config["report"]["confusion_methods"])
+    return [name for name in config["methods"] if name in names]
+
+
+TRAINED_METHODS = [] if APPLY_MODE else _used_methods()

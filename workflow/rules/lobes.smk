@@ -18,6 +18,18 @@ def lobe_inputs(wildcards):
     return inputs
 
 
+def lobe_settings(wildcards):
+    """Settings of the lobe lookup; the cohort table's path and other scans' DICOM
+    series are left out, so moving the table or editing another row reruns nothing."""
+    cohort_keys = ("lobes_dir", "lobes_pattern", "default_lobe_convention", "custom_lobe_labels")
+    settings = {
+        "cohort": {key: config["cohort"][key] for key in cohort_keys},
+        "lobes": config["lobes"],
+        "resample": config["resample"],
+    }
+    return shlex.quote(json.dumps(settings, sort_keys=True))
+
+
 rule lookup_lobes:
     input:
         unpack(lobe_inputs),
@@ -26,7 +38,7 @@ rule lookup_lobes:
         lobes="results/lobes/{scan}/lobes.nii.gz",
         qc="results/lobes/{scan}/qc.json",
     params:
-        settings=lambda w: settings_json("cohort", "lobes", "resample"),
+        settings=lobe_settings,
     log:
         "logs/lobes/{scan}.log",
     benchmark:
