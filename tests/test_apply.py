@@ -28,13 +28,14 @@ def apply_run(tmp_path_factory):
         cohort={**demo.config.get("cohort", {}), "table": str(table)},
     )
     config_path = write_config(folder / "apply.yaml", config)
+    other_chunks = write_config(folder / "apply-24.yaml", {**config, "chunks": {"shape": [24, 24, 24]}})
     workdir = folder / "work"
     workdir.mkdir()
-    return workdir, config_path
+    return workdir, config_path, other_chunks
 
 
 def test_apply_runs_no_training(apply_run):
-    workdir, config_path = apply_run
+    workdir, config_path, _ = apply_run
     rules = rules_of(planned_jobs(workdir, config_path))
     assert "infer_scan" in rules
     assert "train_method" not in rules
@@ -42,7 +43,7 @@ def test_apply_runs_no_training(apply_run):
 
 
 def test_apply_writes_severity_report(apply_run):
-    workdir, config_path = apply_run
+    workdir, config_path, _ = apply_run
     process = run_snakemake(workdir, config_path)
     assert process.returncode == 0, process.stderr[-4000:]
     table = pd.read_csv(workdir / "results/tables/severity.csv")
@@ -53,10 +54,10 @@ def test_apply_writes_severity_report(apply_run):
 
 
 def test_apply_rejects_contradicting_chunk_size(apply_run, tmp_path):
-    workdir, config_path = apply_run
+    _, _, other_chunks = apply_run
     other = tmp_path / "work"
     other.mkdir()
-    process = run_snakemake(other, config_path, extra=("--config", "chunks={'shape': [24, 24, 24]}"))
+    process = run_snakemake(other, other_chunks)
     assert process.returncode != 0
     assert "was trained with chunks.shape" in process.stdout + process.stderr + _logs(other)
 

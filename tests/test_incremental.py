@@ -75,9 +75,13 @@ def test_added_scan_preprocessed_alone(jobs_after_adding_scan, rule):
     assert scans_of(jobs_after_adding_scan, rule) == {NEW_SCAN}
 
 
-@pytest.mark.parametrize("rule", ["index_chunks", "train_method"])
-def test_added_scan_reruns_downstream(jobs_after_adding_scan, rule):
-    assert rule in rules_of(jobs_after_adding_scan)
+def test_added_scan_reruns_index(jobs_after_adding_scan):
+    assert "index_chunks" in rules_of(jobs_after_adding_scan)
+
+
+def test_added_test_scan_retrains_nothing(jobs_after_adding_scan):
+    # The new scan is a test scan, and training reads only train and val chunks.
+    assert "train_method" not in rules_of(jobs_after_adding_scan)
 
 
 def test_added_variant_built_alone(jobs_after_adding_variant):
@@ -107,6 +111,6 @@ def test_threshold_change_reruns_scan_jobs(jobs_after_threshold_change, rule):
     assert scans_of(jobs_after_threshold_change, rule) == set(DEMO_SPLITS)
 
 
-@pytest.mark.parametrize("rule", ["index_chunks", "train_method", "infer_scan", "evaluate_scan", "tabulate_comparison"])
+@pytest.mark.parametrize("rule", ["index_training_chunks", "train_method", "infer_scan", "evaluate_scan", "tabulate_comparison"])
 def test_threshold_change_reruns_downstream(jobs_after_threshold_change, rule):
     assert rule in rules_of(jobs_after_threshold_change)
