@@ -21,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -30,6 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import machine_description  # noqa: E402  (the benchmarks folder is not a package)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DICOM = REPOSITORY.parent / "shared" / "data" / "ricord-1a-419639-000082" / "dicom"
@@ -127,23 +129,6 @@ def worker(method: str, folder: Path, name: str, settings: dict, spacing_mm: flo
 def dice(first: np.ndarray, second: np.ndarray) -> float:
     total = int(first.sum()) + int(second.sum())
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(first, second).sum()) / total
-
-
-def machine_description() -> str:
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        model = found.group(1).strip() if found else model
-    memory = "unknown RAM"
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        found = re.search(r"^MemTotal:\s*(\d+) kB", meminfo.read_text(), re.MULTILINE)
-        memory = f"{int(found.group(1)) / 1024**2:.1f} GiB RAM" if found else memory
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cores} cores ({model}), {memory}, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, load average {load:.1f} at the start")
 
 
 def compare(name: str, image_zyx: np.ndarray, mask_zyx: np.ndarray, settings: dict, spacing_mm: float,

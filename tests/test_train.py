@@ -180,3 +180,14 @@ def test_cuda_fallback_allowed(tmp_path, index_csv, base_settings):
     settings.update({"device": "cuda", "allow_cpu_fallback": True})
     out = run(tmp_path, index_csv, settings)
     assert (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("selection", ["best_val", "last"])
+def test_selection_picks_epoch(tmp_path, index_csv, base_settings, selection):
+    settings = method_settings(base_settings, epochs=4)
+    settings["training"]["selection"] = selection
+    out = run(tmp_path, index_csv, settings)
+    history = pd.read_csv(out / "history.csv")
+    payload = torch.load(out / "model.pt", weights_only=False)
+    expected = int(history.loc[history["val_loss"].idxmin(), "epoch"]) if selection == "best_val" else 4
+    assert payload["epoch"] == expected

@@ -282,7 +282,9 @@ def train_method(
         )
         # A refined method is selected among epochs after the warm-up, where the refinement acted.
         selectable = not spec["ref"] or epoch > training["ref_warmup_epochs"] or epoch == training["epochs"]
-        if selectable and (best is None or val_result["loss"] < best["val_loss"]):
+        if training["selection"] == "last":
+            selectable = epoch == training["epochs"]
+        if selectable and (best is None or training["selection"] == "last" or val_result["loss"] < best["val_loss"]):
             best = {"epoch": epoch, "val_loss": val_result["loss"], "state_dict": _cpu_state(model)}
         if epoch % training["checkpoint_every"] == 0 or epoch == training["epochs"]:
             _save_checkpoint(checkpoint_path, run_hash, epoch, model, optimizer, history, best)
