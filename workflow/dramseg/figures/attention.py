@@ -120,7 +120,7 @@ def plot_attention(rows: Sequence[ChunkMaps], method: str, note: str | None, pat
     colour_bar.set_label("lesion probability")
     figure.suptitle(
         f"{method}: lesion maps of lobe chunks before and after the attention module "
-        "(blue: lobe, green: reference lesion, orange: candidates)",
+        "(blue: lobe, green: reference lesion, red: candidates)",
         fontsize=10,
     )
     add_note(figure, note)
