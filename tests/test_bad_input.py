@@ -495,7 +495,7 @@ def test_model_settings_mismatch_rejected():
         check_model_settings(metadata, settings, "model.pt")
 
 
-@pytest.mark.parametrize("kind, message", [("garbage", "the chunk store could not be read"), ("empty", "holds no lobe chunks")])
+@pytest.mark.parametrize("kind, message", [("garbage", "the chunk store could not be read"), ("empty", "contains no lobe chunks")])
 def test_chunk_store_for_inference_rejected(tmp_path, kind, message):
     from dramseg.infer import read_store
 

@@ -104,7 +104,7 @@ def read_store(path: str, scan_id: str) -> tuple[list[LobeChunk], dict]:
     except OSError as error:
         raise input_error(scan_id, path, f"the chunk store could not be read ({error})", "Delete it and rerun the chunks stage") from error
     if not chunks:
-        raise input_error(scan_id, path, "the chunk store holds no lobe chunks", "Check the lobe QC of this scan")
+        raise input_error(scan_id, path, "the chunk store contains no lobe chunks", "Check the lobe QC of this scan")
     return chunks, root
 
 

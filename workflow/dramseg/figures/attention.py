@@ -46,7 +46,7 @@ def read_chunk(scan_id: str, path: str | os.PathLike) -> dict:
             lobes = store.get("lobes")
             names = [name for name in LOBE_NAMES if lobes is not None and name in lobes]
             if not names:
-                raise input_error(scan_id, path, "the chunk store holds no lobe chunks", "Check the lobe QC of this scan")
+                raise input_error(scan_id, path, "the chunk store contains no lobe chunks", "Check the lobe QC of this scan")
 
             def affected_share(name):
                 group = lobes[name]
