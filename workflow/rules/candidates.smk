@@ -4,6 +4,8 @@
 
 
 rule find_candidates:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         ct="results/resample/{scan}/ct.nii.gz",
         lobes="results/resample/{scan}/lobes.nii.gz",

@@ -9,6 +9,8 @@ def chunk_reference_input(wildcards):
 
 
 rule calibrate_intervals:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         record="results/scans/{scan}/record.json",
         table="results/candidates/{scan}/lobes.csv",
@@ -27,6 +29,8 @@ rule calibrate_intervals:
 
 
 rule write_chunks:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         record="results/scans/{scan}/record.json",
         ct="results/resample/{scan}/ct.nii.gz",
@@ -51,6 +55,8 @@ rule write_chunks:
 
 
 rule index_chunks:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         intervals=expand("results/chunks/{scan}/intervals.csv", scan=SCANS),
         stores=expand("results/chunks/{scan}/chunks.h5", scan=SCANS),
@@ -67,6 +73,8 @@ rule index_chunks:
 
 
 rule index_training_chunks:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         intervals=lambda wildcards: expand("results/chunks/{scan}/intervals.csv", scan=scans_in_split("train", "val")),
         stores=lambda wildcards: expand("results/chunks/{scan}/chunks.h5", scan=scans_in_split("train", "val")),

@@ -54,6 +54,8 @@ DEMO_VARIANT_PATTERN = "|".join(sorted(DEMO_VARIANTS)) or "no-demo-variant"
 
 
 rule fetch_demo_wheel:
+    conda:
+        "../../envs/preprocess.yaml"
     output:
         DEMO_WHEEL,
     log:
@@ -68,6 +70,8 @@ rule fetch_demo_wheel:
 
 
 rule build_demo_source:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         demo_source_input,
     output:
@@ -91,6 +95,8 @@ rule build_demo_source:
 
 
 rule build_demo_variant:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         unpack(demo_variant_source),
     output:
@@ -116,6 +122,8 @@ rule build_demo_variant:
 
 
 rule write_demo_cohort:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         truth=[f"{DEMO_DIR}/scans/{scan}/truth.json" for scan in DEMO_VARIANTS],
         real_test_lobes=[f"{DEMO_DIR}/sources/{entry['source']}/lobes.nii.gz" for entry in DEMO_REAL_TEST],

@@ -69,6 +69,8 @@ def _comparison_methods():
 
 
 rule evaluate_scan:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         unpack(_evaluation_inputs),
     output:
@@ -91,6 +93,8 @@ rule evaluate_scan:
 
 
 rule tabulate_comparison:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         results=_scan_results(_comparison_methods()),
         complexity=_complexity_files(_comparison_methods()),
@@ -112,6 +116,8 @@ rule tabulate_comparison:
 
 
 rule tabulate_ablation:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         results=_scan_results(evaluated_methods("ablation")),
         complexity=_complexity_files(evaluated_methods("ablation")),

@@ -21,6 +21,8 @@ INFERENCE_OUTPUTS = {
 
 
 rule infer_scan:
+    conda:
+        "../../envs/torch.yaml"
     input:
         model=model_path,
         record="results/scans/{scan}/record.json",
@@ -48,6 +50,8 @@ rule infer_scan:
 
 
 rule postprocess_scan:
+    conda:
+        "../../envs/torch.yaml"
     input:
         record="results/scans/{scan}/record.json",
         lobes="results/lobes/{scan}/lobes.nii.gz",
@@ -73,6 +77,8 @@ rule postprocess_scan:
 
 
 rule tabulate_severity:
+    conda:
+        "../../envs/torch.yaml"
     input:
         lambda wildcards: expand(
             "results/infer/{method}/{scan}/severity.json", method=config["apply"]["method"], scan=list(SCANS)

@@ -31,6 +31,8 @@ def lobe_settings(wildcards):
 
 
 rule lookup_lobes:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         unpack(lobe_inputs),
         record=lambda w: record_path(w.scan),

@@ -90,6 +90,8 @@ def report_targets():
 
 
 rule tabulate_cohort:
+    conda:
+        "../../envs/report.yaml"
     input:
         records=lambda wildcards: [record_path(scan) for scan in SCANS],
     output:
@@ -108,6 +110,8 @@ rule tabulate_cohort:
 
 
 rule plot_coronal:
+    conda:
+        "../../envs/report.yaml"
     input:
         unpack(_coronal_inputs),
     output:
@@ -134,6 +138,8 @@ rule plot_coronal:
 
 
 rule plot_attention:
+    conda:
+        "../../envs/report.yaml"
     input:
         model=f"results/train/{REPORT['attention_method']}/model.pt",
         stores=lambda wildcards: expand("results/chunks/{scan}/chunks.h5", scan=_attention_scans()),
@@ -155,6 +161,8 @@ rule plot_attention:
 
 
 rule plot_dsc:
+    conda:
+        "../../envs/report.yaml"
     input:
         results=lambda wildcards: _test_results(evaluated_methods("comparison")),
         records=lambda wildcards: _test_records(),
@@ -174,6 +182,8 @@ rule plot_dsc:
 
 
 rule plot_dsc_subtypes:
+    conda:
+        "../../envs/report.yaml"
     input:
         results=lambda wildcards: _test_results(evaluated_methods("comparison")),
         records=lambda wildcards: _test_records(),
@@ -194,6 +204,8 @@ rule plot_dsc_subtypes:
 
 
 rule plot_confusion:
+    conda:
+        "../../envs/report.yaml"
     input:
         results=lambda wildcards: _test_results([wildcards.method]),
         records=lambda wildcards: _test_records(),
@@ -219,6 +231,8 @@ rule plot_confusion:
 
 
 rule plot_training:
+    conda:
+        "../../envs/report.yaml"
     input:
         histories=lambda wildcards: expand("results/train/{method}/history.csv", method=TRAINED_METHODS),
         records=lambda wildcards: [record_path(scan) for scan in SCANS],

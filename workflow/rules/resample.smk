@@ -3,6 +3,8 @@
 
 
 rule resample_scan:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         record=lambda w: record_path(w.scan),
         ct=lambda w: SCANS[w.scan]["ct"],

@@ -12,6 +12,8 @@ def _demo_truth(wildcards):
 
 
 rule register_scan:
+    conda:
+        "../../envs/preprocess.yaml"
     input:
         truth=_demo_truth,
     output:

@@ -18,6 +18,8 @@ def training_resources():
 
 
 rule train_method:
+    conda:
+        "../../envs/torch.yaml"
     input:
         # Only train and val chunks: adding a test scan retrains nothing.
         index="results/chunks/index_train.csv",
@@ -44,6 +46,8 @@ rule train_method:
 
 
 rule count_complexity:
+    conda:
+        "../../envs/torch.yaml"
     output:
         "results/complexity/{method}.json",
     params:
