@@ -41,6 +41,8 @@ def test_valid_table_records(tmp_path):
         ([row(score_lul="-1")], "outside 0-5"),
         ([row(score_lul="2.5")], "is not an integer"),
         ([row(score_lul="two")], "is not a number"),
+        ([row(score_lul="inf")], "is not an integer"),
+        ([row(corads="nan")], "is not an integer"),
         ([row(split="training")], "split 'training' is not one of"),
         ([row(**{k: "" for k in SCORES})], "a train scan needs the five severity scores"),
         ([row(split="val", **{k: "" for k in SCORES})], "a val scan needs"),

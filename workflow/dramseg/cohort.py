@@ -154,10 +154,10 @@ def _read_integer(text, column: str, where: str, low: int, high: int) -> int | N
         value = float(text)
     except ValueError:
         raise PipelineInputError(f"{where}: {column} = {text!r} is not a number; expected an integer {low}-{high}") from None
-    if math.isnan(value) or value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise PipelineInputError(f"{where}: {column} = {text!r} is not an integer; expected an integer {low}-{high}")
     if not low <= value <= high:
-        raise PipelineInputError(f"{where}: {column} = {text!r} is outside {low}-{high}")
+        raise PipelineInputError(f"{where}: {column} = {text!r} is outside {low}-{high}; expected an integer {low}-{high}")
     return int(value)
 
 
