@@ -29,10 +29,11 @@ def read_cohort_table(path: str | Path, default_convention: str = "diag", check_
     """Read a cohort CSV and return one record per scan (the keys of record.json).
 
     Relative file paths in the table are taken relative to the table's folder.
-    Raises PipelineInputError naming the row (1-based line in the file) for
-    duplicate or malformed scan ids, unknown splits, scores that are not
-    integers 0-5, a training or validation scan without all five scores, a
-    CO-RADS value outside 1-6, an unknown lobe convention and missing files.
+    Raises PipelineInputError naming the row (1-based line in the file). The
+    checked problems are duplicate or malformed scan ids, unknown splits,
+    scores that are not integers 0-5 and training or validation scans without
+    all five scores. A CO-RADS value outside 1-6, an unknown lobe convention
+    and a missing file are errors too.
     """
     table_path = Path(path)
     if not table_path.is_file():
@@ -103,11 +104,11 @@ def _read_row(row, line: int, table_path: Path, base: Path, default_convention: 
         raise PipelineInputError(f"{where}: split {split!r} is not one of {list(SPLITS)}")
 
     scores = {lobe: _read_score(row[f"score_{lobe}"], f"score_{lobe}", where) for lobe in SCORE_ORDER}
-    given = [lobe for lobe, score in scores.items() if score is not None]
-    if given and len(given) < len(SCORE_ORDER):
+    scored_lobes = [lobe for lobe, score in scores.items() if score is not None]
+    if scored_lobes and len(scored_lobes) < len(SCORE_ORDER):
         empty = [f"score_{lobe}" for lobe in SCORE_ORDER if scores[lobe] is None]
         raise PipelineInputError(f"{where}: scores are given for some lobes but {empty} are empty. Give all five or none")
-    if not given and split in ("train", "val"):
+    if not scored_lobes and split in ("train", "val"):
         raise PipelineInputError(
             f"{where}: a {split} scan needs the five severity scores score_lul ... score_rll (integers 0-5). "
             "Fill them in or move the scan to the test split"
@@ -134,7 +135,7 @@ def _read_row(row, line: int, table_path: Path, base: Path, default_convention: 
         "ct": ct,
         "lobes": lobes,
         "lobe_convention": convention,
-        "scores": scores if given else None,
+        "scores": scores if scored_lobes else None,
         "corads": corads,
         "reference": reference,
         "dicom_series": None,

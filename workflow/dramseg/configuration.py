@@ -54,16 +54,19 @@ def _cross_key_problems(config: dict) -> list[str]:
                 f"chunks.shape: size {size} along {axis} is not divisible by {divisor} (2**model.depth with "
                 f"depth {depth}); use a multiple of {divisor} such as {suggestion}"
             )
+
     try:
         parse_score_intervals(config["chunks"]["score_intervals"])
     except ValueError as error:
         problems.append(f"chunks.score_intervals: {error}")
+
     low, high = config["chunks"]["hu_window"]
     if low >= high:
         problems.append(f"chunks.hu_window: [{low}, {high}] must have low < high")
     scale_low, scale_high = config["training"]["er_scale_range"]
     if not 0 < scale_low <= scale_high:
         problems.append(f"training.er_scale_range: [{scale_low}, {scale_high}] must satisfy 0 < low <= high")
+
     methods = config["methods"]
     for table in ("comparison", "ablation"):
         for name in config["evaluation"][table]:
@@ -73,6 +76,7 @@ def _cross_key_problems(config: dict) -> list[str]:
                     f"evaluation.{table}: method {name!r} is neither in methods ({sorted(methods)}) nor in "
                     "evaluation.external"
                 )
+
     if config["mode"] == "apply":
         if not config["apply"]["checkpoint"]:
             problems.append("apply.checkpoint: mode is 'apply' but no checkpoint is given; set the path of a model.pt")

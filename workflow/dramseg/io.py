@@ -66,10 +66,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
 
 
 def _check_nifti_written(temporary: Path, path, image: sitk.Image) -> None:
-    """Raise OSError when a NIfTI file holds fewer bytes than the image's voxels need.
+    """Raise OSError when a NIfTI file contains fewer bytes than the image's voxels need.
 
     ITK's NIfTI writer (SimpleITK 2.5) only prints an error and returns normally
-    when the disk fills up, leaving a truncated file; this catches that case.
+    when the disk fills up, so it leaves a truncated file. This check catches that case.
     """
     voxel_bytes = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
     expected_bytes = NIFTI_HEADER_BYTES + voxel_bytes

@@ -1,8 +1,8 @@
 """Train one method on the lobe chunks of the training split and select it on the validation split.
 
 Methods (config `methods`): `regression` is dRAM, optionally with equivariant
-regularisation (ER), the refinement loss (REF) and the attention module (AT);
-`dcam` and `cam` are the classification baselines; `supervised` is the same
+regularisation (ER), the refinement loss (REF) and the attention module (AT).
+`dcam` and `cam` are the classification baselines. `supervised` is the same
 U-Net trained on reference masks, the pipeline's stand-in for nnU-Net.
 
 A resumable checkpoint is written every `training.checkpoint_every` epochs and
